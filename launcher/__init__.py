@@ -1,0 +1,1 @@
+"""launcher: renders, submits and follows tvq runs as Kubernetes JobSets (never imports JAX)."""

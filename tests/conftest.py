@@ -1,0 +1,5 @@
+"""Shared pytest setup: strict numerics and small helpers every test file may use."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
