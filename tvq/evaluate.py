@@ -10,6 +10,8 @@ Reported, besides the mean loss in nats per token:
 - word-level perplexity (pg19, as in the paper): exp(total nats / number of words), the words
   being the whitespace-separated words of the decoded target text.
 - bits per dim (imagenet64): nats / ln 2 per subpixel token.
+- loss_longrange (synthetic): the mean loss at the task's `predictable_mask` positions, the
+  values only the compressed cache can predict (see tvq.data.synthetic).
 Each process evaluates its own shard on its local devices; the totals are summed over processes.
 """
 
@@ -32,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tvq.checkpoint import restore_params
 from tvq.config import Config, ModelConfig
 from tvq.data import load_vocab, make_eval_iterator
+from tvq.data.synthetic import predictable_mask
 from tvq.data.vocab import PAD_ID
 from tvq.model import Transformer, initial_state
 from tvq.train import init_params, shift_right
@@ -47,17 +50,21 @@ class EvalTotals:
     tokens: int = 0  # non-pad target tokens
     words: int = 0  # whitespace-separated words of the decoded targets (pg19 only)
     text_bytes: int = 0  # UTF-8 bytes of the decoded targets (SentencePiece text only)
+    longrange_nats: float = 0.0  # summed NLL at the long-range positions (synthetic only)
+    longrange_tokens: int = 0  # non-pad targets at the long-range positions
 
     def add(self, other: EvalTotals) -> None:
         """Accumulate `other` into these totals."""
-        for name in ("nats", "tokens", "words", "text_bytes"):
+        for name in ("nats", "tokens", "words", "text_bytes", "longrange_nats",
+                     "longrange_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @functools.lru_cache(maxsize=8)
 def make_sequence_nll(model_config: ModelConfig, update_len: int
-                      ) -> Callable[[Any, jax.Array], jax.Array]:
-    """A jitted function (params, targets_BxT) -> [2] f32: summed NLL and count of non-pad targets.
+                      ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """A jitted function (params, targets_BxT, longrange_T) -> [4] f32: summed NLL and count of
+    non-pad targets, then the same over the positions where the bool longrange_T is set.
 
     The sequence is cut into update_len windows that run one after another (lax.scan), each
     starting from the state the previous window left, as training does. Cached per config, so
@@ -65,25 +72,31 @@ def make_sequence_nll(model_config: ModelConfig, update_len: int
     """
     model = Transformer(model_config)
 
-    def sequence_nll(params: Any, targets_BxT: jax.Array) -> jax.Array:
+    def sequence_nll(params: Any, targets_BxT: jax.Array, longrange_T: jax.Array) -> jax.Array:
         batch, length = targets_BxT.shape
         n_window = length // update_len
 
         def windows(x_BxT: jax.Array) -> jax.Array:
-            return x_BxT.reshape(batch, n_window, update_len).transpose(1, 0, 2)
+            return x_BxT.reshape(len(x_BxT), n_window, update_len).transpose(1, 0, 2)
 
-        def window(state: Any, io: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
-            inputs_BxU, targets_BxU = io
+        def window(state: Any, io: tuple[jax.Array, jax.Array, jax.Array]
+                   ) -> tuple[Any, jax.Array]:
+            inputs_BxU, targets_BxU, longrange_1xU = io
             out = model.apply({"params": params}, inputs_BxU, state, deterministic=True)
             nll_BxU = optax.softmax_cross_entropy_with_integer_labels(
                 out.logits.astype(jnp.float32), targets_BxU)
             mask_BxU = (targets_BxU != PAD_ID).astype(jnp.float32)
-            return out.state, jnp.stack([jnp.sum(nll_BxU * mask_BxU), jnp.sum(mask_BxU)])
+            longrange_BxU = mask_BxU * longrange_1xU
+            return out.state, jnp.stack([jnp.sum(nll_BxU * mask_BxU), jnp.sum(mask_BxU),
+                                         jnp.sum(nll_BxU * longrange_BxU),
+                                         jnp.sum(longrange_BxU)])
 
         state = initial_state(model_config, batch)
         inputs = shift_right(targets_BxT)
-        _, sums_Wx2 = jax.lax.scan(window, state, (windows(inputs), windows(targets_BxT)))
-        return jnp.sum(sums_Wx2, axis=0)
+        longrange_1xT = longrange_T.astype(jnp.float32)[None, :]
+        _, sums_Wx4 = jax.lax.scan(window, state, (windows(inputs), windows(targets_BxT),
+                                                   windows(longrange_1xT)))
+        return jnp.sum(sums_Wx4, axis=0)
 
     return jax.jit(sequence_nll)
 
@@ -110,18 +123,30 @@ def _batch_sharding(mesh: Mesh, batch: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data" if split else None))
 
 
+def longrange_mask(config: Config) -> np.ndarray:
+    """bool [sequence_len]: the positions reported as loss_longrange (the synthetic task's
+    `predictable_mask`; none for the other datasets)."""
+    if config.data.dataset == "synthetic":
+        return predictable_mask(config)
+    return np.zeros(config.data.sequence_len, bool)
+
+
 def evaluate_batches(config: Config, params: Any, batches: Iterable[np.ndarray],
                      vocab: Any) -> EvalTotals:
     """Totals over all `batches` of targets [local_batch, sequence_len]."""
     mesh = local_mesh()
     params = to_local_devices(params, mesh)
     sequence_nll = make_sequence_nll(config.model, config.data.update_len)
+    longrange = jax.device_put(longrange_mask(config), NamedSharding(mesh, PartitionSpec()))
     totals = EvalTotals()
     for targets in batches:
         targets = np.asarray(targets, dtype=np.int32)
-        sums = sequence_nll(params, jax.device_put(targets, _batch_sharding(mesh, len(targets))))
-        nats, tokens = np.asarray(sums, dtype=np.float64)
+        sums = sequence_nll(params, jax.device_put(targets, _batch_sharding(mesh, len(targets))),
+                            longrange)
+        nats, tokens, longrange_nats, longrange_tokens = np.asarray(sums, dtype=np.float64)
         totals.add(EvalTotals(nats=float(nats), tokens=int(tokens),
+                              longrange_nats=float(longrange_nats),
+                              longrange_tokens=int(longrange_tokens),
                               **_text_counts(config, targets, vocab)))
     return totals
 
@@ -142,15 +167,19 @@ def sum_over_processes(totals: EvalTotals) -> EvalTotals:
     if jax.process_count() == 1:
         return totals
     # JAX moves 32-bit values: counts stay exact (int32), nats keep float32 precision.
-    nats_P, counts_Px3 = multihost_utils.process_allgather(
-        (np.float32(totals.nats), np.array([totals.tokens, totals.words, totals.text_bytes],
-                                           np.int32)))
-    tokens, words, text_bytes = (int(n) for n in np.asarray(counts_Px3, np.int64).sum(axis=0))
-    return EvalTotals(float(np.asarray(nats_P, np.float64).sum()), tokens, words, text_bytes)
+    nats_Px2, counts_Px4 = multihost_utils.process_allgather(
+        (np.array([totals.nats, totals.longrange_nats], np.float32),
+         np.array([totals.tokens, totals.words, totals.text_bytes, totals.longrange_tokens],
+                  np.int32)))
+    nats, longrange_nats = (float(n) for n in np.asarray(nats_Px2, np.float64).sum(axis=0))
+    tokens, words, text_bytes, longrange_tokens = (
+        int(n) for n in np.asarray(counts_Px4, np.int64).sum(axis=0))
+    return EvalTotals(nats, tokens, words, text_bytes, longrange_nats, longrange_tokens)
 
 
 def summarize(config: Config, split: str, totals: EvalTotals, step: int) -> dict[str, Any]:
-    """The result dict: split, loss (nats/token), bpb | ppl | bpd, tokens, step."""
+    """The result dict: split, loss (nats/token), bpb | ppl | bpd, loss_longrange (synthetic),
+    tokens, step."""
     if totals.tokens == 0:
         raise ValueError(f"{split}: no non-pad target tokens were evaluated")
     loss = totals.nats / totals.tokens
@@ -166,6 +195,8 @@ def summarize(config: Config, split: str, totals: EvalTotals, step: int) -> dict
         summary["bpb"] = totals.nats / (totals.text_bytes * math.log(2))
     else:
         summary["bpb"] = loss / math.log(2)
+    if totals.longrange_tokens:
+        summary["loss_longrange"] = totals.longrange_nats / totals.longrange_tokens
     summary.update(tokens=totals.tokens, step=step)
     return summary
 

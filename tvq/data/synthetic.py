@@ -1,22 +1,27 @@
-"""The embedded default task: byte text generated from (split, index), no download, no files.
+"""The embedded default task: byte sequences generated from (split, index), no download, no files.
 
-Each sequence is a run of units of `unit_len` bytes: an uppercase key, its digit value, then
-lowercase filler. Every sequence draws its own random key -> digit table (16 keys), its own
-random cycle order of the keys and its filler. Units cycle through the keys in that order, so a
-key and its value recur exactly `period = 16 * unit_len` bytes later, and `unit_len` is chosen
-so that period >= model.block_len + model.mem_len: the reach of the uncompressed attention
-window (block plus memory). Hence:
+Bytes are just token ids here; the task is not meant to be readable text. Each sequence draws
+its own random key -> digit table (N_KEYS keys), its own random cycle order of the keys and its
+filler, and is a run of units of `unit_len` bytes, the units cycling through the keys in that
+order (so a key recurs exactly `period = N_KEYS * unit_len` bytes later):
 
-- filler bytes are random (log2(26) bits each), never predictable;
-- the first cycle's keys and values are random;
-- a later value (`predictable_mask`) equals the byte one period back; its key's previous
-  occurrence is out of the window's reach and the table is random, so only the compressed
-  cache (or full attention) can predict it. (Later keys follow the cycle order too, but may be
-  partly guessed by elimination from the keys inside the window, so the mask leaves them out.)
+- the first cycle *stores* the table: a unit starts with a pair byte that carries both the key
+  and its value (`PAIR_BASE + key * 10 + value`), then the value digit, then filler;
+- every later cycle *asks*: a unit starts with the key alone (an uppercase letter), then its
+  value digit, then filler (random lowercase letters, never predictable).
 
-To measure the compressed cache at work, compare the mean loss at `predictable_mask` positions
-of a model with model.agg_cache=1 against one with agg_cache=0: the first can drive it towards
-0, the second stays near chance (ln 10 nats, a uniform digit).
+`unit_len` is chosen so that period > model.block_len + model.mem_len, the reach of the
+uncompressed attention window (block plus memory). So a later value digit (`predictable_mask`)
+is fixed by the stored pair, but every earlier occurrence of its key lies beyond the window and
+the table is random: only the compressed cache (or full attention) can predict it. Reading it
+is a one-hop lookup: the asking key attends to the pair byte with the same key and reads the
+value it carries (the first cycle's own digits, right after their pair bytes, teach the model to
+read a pair's value).
+
+To measure the compressed cache at work, `tvq val` on this dataset reports `loss_longrange`, the
+mean loss at `predictable_mask` positions. Train and evaluate once with model.agg_cache=1 and
+once with agg_cache=0 (`tvq train -o A -a 1 && tvq val -o A -a 1`, same with `-a 0`): the first
+drives it well below chance (ln 10 nats, a uniform digit), the second stays near chance.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import numpy as np
 from tvq.config import Config
 from tvq.data.vocab import NUM_SPECIAL
 
-N_KEYS = 16
-KEYS = np.frombuffer(b"ABCDEFGHIJKLMNOP", np.uint8)
+N_KEYS = 8
+KEYS = np.frombuffer(b"ABCDEFGH", np.uint8)
 VALUES = np.frombuffer(b"0123456789", np.uint8)
+PAIR_BASE = 0x80  # pair bytes PAIR_BASE + key * len(VALUES) + value: outside ASCII
 FILLER = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 TRAIN_SEQUENCES = 1 << 20  # distinct training sequences (one epoch)
@@ -37,9 +43,9 @@ CONTENT_SEED = 0x7471  # content is the same for every run; run.seed only shuffl
 
 
 def unit_len(config: Config) -> int:
-    """Bytes per unit, so that one cycle of keys spans at least block_len + mem_len."""
+    """Bytes per unit, so that one cycle of keys spans more than block_len + mem_len."""
     reach = config.model.block_len + config.model.mem_len
-    return max(2, -(-reach // N_KEYS))
+    return max(2, reach // N_KEYS + 1)
 
 
 def make_sequence(split: str, index: int, sequence_len: int, unit: int) -> np.ndarray:
@@ -51,6 +57,7 @@ def make_sequence(split: str, index: int, sequence_len: int, unit: int) -> np.nd
     keys = order[np.arange(n_units) % N_KEYS]
     units = np.empty((n_units, unit), np.uint8)
     units[:, 0] = KEYS[keys]
+    units[:N_KEYS, 0] = PAIR_BASE + keys[:N_KEYS] * len(VALUES) + values[keys[:N_KEYS]]
     units[:, 1] = VALUES[values[keys]]
     units[:, 2:] = FILLER[rng.integers(0, len(FILLER), (n_units, unit - 2))]
     return units.reshape(-1)[:sequence_len].astype(np.int32) + NUM_SPECIAL
