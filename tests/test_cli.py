@@ -115,3 +115,19 @@ def test_steps_caps_the_warmup_so_a_short_smoke_run_is_valid():
     assert (config.optimizer.max_steps, config.optimizer.warmup_steps) == (3, 3)
     config = build_config(make_parser().parse_args(["train", "--steps", "150"]))
     assert config.optimizer.warmup_steps == 10  # the preset's, below the cap
+
+
+def test_the_saved_run_config_sits_above_the_preset_and_below_the_flags(tmp_path):
+    """`tvq val -o DIR` evaluates the model as trained (config.yaml in DIR); flags still win."""
+    from tvq import config as cfg
+    from tvq import saved_config
+
+    trained = cfg.build("cpu", [{"model": {"agg_cache": False, "block_len": 16},
+                                 "run": {"out_dir": str(tmp_path)}}])
+    saved_config.save(trained)
+    config = build_config(make_parser().parse_args(["val", "-o", str(tmp_path)]))
+    assert (config.model.agg_cache, config.model.block_len) == (False, 16)
+    config = build_config(make_parser().parse_args(["val", "-o", str(tmp_path), "-a", "1"]))
+    assert config.model.agg_cache is True
+    fresh = build_config(make_parser().parse_args(["val", "-o", str(tmp_path / "other")]))
+    assert fresh.model.agg_cache is True and fresh.model.block_len == 32

@@ -3,6 +3,8 @@
 import json
 import re
 
+import yaml
+
 from trainkit import (TINY_FLAGS, compile_cache, run_tvq,  # noqa: F401 (fixtures)
                       trained_run)
 
@@ -24,6 +26,8 @@ def test_tvq_train_prints_contract_lines_writes_metrics_file_and_checkpoints(tmp
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6, 8]
     assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["8"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optimizer"]["max_steps"] == 8 and saved["run"]["out_dir"] == str(out)
 
 
 def test_val_test_and_sample_read_the_trained_checkpoint(trained_run, tmp_path, capsys):

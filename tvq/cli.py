@@ -1,6 +1,7 @@
 """The `tvq` command: train | val | test | sample | train-vocab, with the original scripts' flags.
 
-Config layers, later wins: --preset, then --config FILE, then WANDB_MODE / WANDB_PROJECT /
+Config layers, later wins: --preset, then the run's saved config.yaml (written by `tvq train`
+into the output dir, else found in the input dir), then --config FILE, then WANDB_MODE / WANDB_PROJECT /
 WANDB_RUN_ID from the environment (as the Helm chart and the launcher set them), then the named
 flags, then every --set in order. Any bad input prints one line on stderr and exits 2 before JAX starts or anything is
 written.
@@ -15,6 +16,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from tvq import config as cfg
+from tvq import saved_config
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: not a success, so the JobSet restarts the run
 COMMANDS = ("train", "val", "test", "sample", "train-vocab")
@@ -95,6 +97,10 @@ def build_config(args: argparse.Namespace) -> cfg.Config:
         layers.append(cfg.parse_set(assignment))
         origins.append(f"--set {assignment}")
     config = cfg.build(args.preset, layers, origins, checked=False)
+    saved = saved_config.load(config.run)
+    if saved is not None:  # the trained run's config, right above the preset
+        config = cfg.build(args.preset, [saved[0], *layers], [saved[1], *origins],
+                           checked=False)
     if args.__dict__["optimizer.max_steps"] is not None:
         warmup = min(config.optimizer.warmup_steps, config.optimizer.max_steps)
         config = dataclasses.replace(config, optimizer=dataclasses.replace(

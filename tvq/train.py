@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from tvq import checkpoint, sharding
+from tvq import checkpoint, saved_config, sharding
 from tvq.config import Config, describe
 from tvq.metrics import MetricsLogger
 from tvq.optim import learning_rate, make_optimizer
@@ -219,6 +219,8 @@ def _train(config: Config, stop_requested: Callable[[], bool]) -> dict[str, floa
     logged: dict[str, float] = {}
     with contextlib.ExitStack() as cleanup:
         writer = checkpoint.CheckpointWriter(config.run)
+        if pid == 0:
+            saved_config.save(config)
         cleanup.callback(writer.close)
         logger = MetricsLogger(config, pid == 0, total, step)
         cleanup.callback(logger.close)
