@@ -131,3 +131,15 @@ def test_the_saved_run_config_sits_above_the_preset_and_below_the_flags(tmp_path
     assert config.model.agg_cache is True
     fresh = build_config(make_parser().parse_args(["val", "-o", str(tmp_path / "other")]))
     assert fresh.model.agg_cache is True and fresh.model.block_len == 32
+
+
+def test_a_config_saved_in_the_input_dir_never_redirects_the_output(tmp_path):
+    from tvq import config as cfg
+    from tvq import saved_config
+
+    source = tmp_path / "pretrained"
+    saved_config.save(cfg.build("cpu", [{"model": {"n_code": 16},
+                                         "run": {"out_dir": str(source)}}]))
+    config = build_config(make_parser().parse_args(["train", "-i", str(source)]))
+    assert config.model.n_code == 16
+    assert (config.run.out_dir, config.run.in_dir) == ("runs/default", str(source))

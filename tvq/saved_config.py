@@ -17,6 +17,7 @@ from etils import epath
 from tvq.config import Config, ConfigError, RunConfig, to_dict
 
 FILE_NAME = "config.yaml"
+LOCATION_FIELDS = ("out_dir", "in_dir")
 
 
 def _path(directory: str) -> epath.Path:
@@ -35,6 +36,8 @@ def load(run: RunConfig) -> tuple[dict[str, Any], str] | None:
             except yaml.YAMLError as error:
                 raise ConfigError(f"{path}: saved run config is not valid YAML "
                                   f"({str(error).splitlines()[0]})") from None
+            for key in LOCATION_FIELDS:  # where this run reads and writes stays the caller's
+                layer.get("run", {}).pop(key, None)
             return layer, str(path)
     return None
 
