@@ -9,30 +9,16 @@ import jax
 import numpy as np
 import pytest
 
+from evalkit import params, tiny  # noqa: F401 (fixture)
+
 from tvq import config as cfg
 from tvq.data import load_vocab, train_vocab
 from tvq.evaluate import EVAL_PREFIX, EvalTotals, evaluate_batches, report, summarize
 from tvq.model import Transformer, initial_state
-from tvq.train import init_params, shift_right
+from tvq.train import shift_right
 
-TINY_MODEL = dict(d_model=32, d_k=16, d_v=32, n_layer=1, n_code=8, mem_len=0)
 SEQUENCE_LEN = 32
 TEXT = "the quick brown fox jumps over the lazy dog"
-
-
-def tiny(block_len: int = 8, update_len: int = 16, **sections: dict) -> cfg.Config:
-    """The cpu preset shrunk to a 1-layer model over 32-token sequences."""
-    data = {"sequence_len": SEQUENCE_LEN, "update_len": update_len, "global_batch_size": 2,
-            **sections.pop("data", {})}
-    return cfg.replace(cfg.build(), model={**TINY_MODEL, "block_len": block_len}, data=data,
-                       **sections)
-
-
-@pytest.fixture(scope="module")
-def params():
-    config = tiny()
-    return jax.jit(lambda: init_params(config, Transformer(config.model),
-                                       jax.random.PRNGKey(0)))()
 
 
 @pytest.fixture(scope="module")

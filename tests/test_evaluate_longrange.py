@@ -8,28 +8,20 @@ import numpy as np
 import optax
 import pytest
 
+import evalkit
+from evalkit import params  # noqa: F401 (fixture)
 from tvq import config as cfg
 from tvq.data.synthetic import SyntheticSequences, predictable_mask
 from tvq.evaluate import evaluate_batches, summarize
 from tvq.model import Transformer, initial_state
-from tvq.train import init_params, shift_right
+from tvq.train import shift_right
 
-TINY_MODEL = dict(d_model=32, d_k=16, d_v=32, n_layer=1, n_code=8, mem_len=0)
-SEQUENCE_LEN = 64
+SEQUENCE_LEN = 64  # room for the synthetic task's first cycle and its later asks
 
 
 def tiny(block_len: int = 8, update_len: int = 16, **data) -> cfg.Config:
-    """The cpu preset (synthetic data) shrunk to a 1-layer model over 64-token sequences."""
-    return cfg.replace(cfg.build(), model={**TINY_MODEL, "block_len": block_len},
-                       data={"sequence_len": SEQUENCE_LEN, "update_len": update_len,
-                             "global_batch_size": 2, **data})
-
-
-@pytest.fixture(scope="module")
-def params():
-    config = tiny()
-    return jax.jit(lambda: init_params(config, Transformer(config.model),
-                                       jax.random.PRNGKey(0)))()
+    """The tiny eval config over 64-token synthetic sequences."""
+    return evalkit.tiny(block_len, update_len, SEQUENCE_LEN, data=data)
 
 
 @pytest.fixture(scope="module")
