@@ -213,9 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="give up on one measurement after this long (default: 900)")
     parser.add_argument("--memory-budget-gib", type=float,
                         help="most memory a step may need by XLA's estimate (default: "
-                        f"{MEMORY_FRACTION:.0%} of the memory available)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override the benchmark config (repeatable), e.g. model.n_layer=4")
+                        f"{MEMORY_FRACTION * 100:.0f}%% of the memory available)")
+    common.add_set_option(parser, "the benchmark config", "model.n_layer=4")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     if not variants or set(variants) - set(VARIANTS):

@@ -77,6 +77,12 @@ def base_parser(name: str, description: str) -> OneLineParser:
     return parser
 
 
+def add_set_option(parser: OneLineParser, what: str, example: str) -> None:
+    """--set SECTION.FIELD=VALUE (repeatable), overriding `what`."""
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help=f"override {what} (repeatable), e.g. {example}")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from: {', '.join(SERIES)}")
     parser.add_argument("--tokens", type=int, default=32,
                         help="generated tokens timed per context (default: 32)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override the benchmark config (repeatable), e.g. model.n_layer=4")
+    common.add_set_option(parser, "the benchmark config", "model.n_layer=4")
     args = parser.parse_args(argv)
     series = _checked(parser.prog, args)
     import dataclasses

@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps per throughput interval (default: 10)")
     parser.add_argument("--timeout-s", type=float, default=600.0,
                         help="give up on one run after this long (default: 600)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override the preset (repeatable), e.g. data.global_batch_size=16")
+    common.add_set_option(parser, "the preset", "data.global_batch_size=16")
     args = parser.parse_args(argv)
     config = _checked_config(parser.prog, args)
     machine = common.machine_info(args.device_tag)

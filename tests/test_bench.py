@@ -131,3 +131,12 @@ def test_a_bad_option_from_the_command_line_exits_2(tmp_path: Path) -> None:
     assert done.stderr == ("python -m bench.throughput: --steps: got 0; allowed: an integer "
                            ">= 1\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["attention_scaling", "sampling", "throughput", "render_speed"])
+def test_every_benchmark_prints_its_help(name):
+    """A user's first call; argparse formats every help text only here."""
+    done = subprocess.run([sys.executable, "-m", f"bench.{name}", "--help"], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--device-tag" in done.stdout
